@@ -1,0 +1,78 @@
+"""``kestrel serve [MODEL] [options]``: options come from the config dataclasses'
+field docs; a YAML file (``--config``) maps onto the same field names and the
+command line wins over it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any, get_type_hints
+
+import yaml
+
+from engine_core.config import CacheConfig, EngineConfig, FrontendConfig, ModelConfig, SchedulerConfig
+
+SECTIONS = (ModelConfig, CacheConfig, SchedulerConfig, FrontendConfig)
+
+
+def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
+    group = parser.add_argument_group(cls.__name__)
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "model":  # the positional argument
+            continue
+        kind = hints[f.name]
+        kw: dict[str, Any] = {"help": f.metadata.get("help", ""), "default": argparse.SUPPRESS}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        if f.metadata.get("nargs"):
+            kw["nargs"] = f.metadata["nargs"]
+        elif kind in (int, float, str):
+            kw["type"] = kind
+        flag = "--" + f.name.replace("_", "-")
+        group.add_argument(flag, *( [flag.replace("-", "_")] if "_" in f.name else []), **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kestrel", description="Kestrel: an OpenAI-compatible LLM server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a model over the OpenAI HTTP API")
+    serve.add_argument("model", nargs="?", default=argparse.SUPPRESS,
+                       help=ModelConfig.__dataclass_fields__["model"].metadata["help"])
+    serve.add_argument("--config", help="YAML file whose keys are the option names (dashes or underscores)")
+    for cls in SECTIONS:
+        _add_fields(serve, cls)
+    return parser
+
+
+def _section(cls: type, values: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    picked = {k: v for k, v in values.items() if k in names}
+    if "served_model_name" in picked:
+        picked["served_model_name"] = tuple(picked["served_model_name"])
+    return cls(**picked)
+
+
+def resolve_configs(argv: list[str]) -> tuple[EngineConfig, FrontendConfig]:
+    args = vars(build_parser().parse_args(argv))
+    values: dict[str, Any] = {}
+    if args.get("config"):
+        with open(args["config"]) as fh:
+            loaded = yaml.safe_load(fh) or {}
+        values.update({str(k).replace("-", "_"): v for k, v in loaded.items()})
+        known = {f.name for cls in SECTIONS for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"kestrel: unknown option(s) in {args['config']}: {', '.join(unknown)}")
+    values.update({k: v for k, v in args.items() if k not in ("command", "config")})
+    engine = EngineConfig(_section(ModelConfig, values), _section(CacheConfig, values),
+                          _section(SchedulerConfig, values))
+    return engine, _section(FrontendConfig, values)
+
+
+def main(argv: list[str] | None = None) -> None:
+    engine_config, frontend_config = resolve_configs(sys.argv[1:] if argv is None else argv)
+    from frontend.launcher import Launcher
+
+    sys.exit(Launcher(engine_config, frontend_config).run())

@@ -7,9 +7,11 @@ Torch-free on purpose: the frontend and the scheduler import it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -78,3 +80,17 @@ class EngineConfig:
     model: ModelConfig
     cache: CacheConfig
     scheduler: SchedulerConfig
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> EngineConfig:
+        """Builds each section from the flat option names it owns; others are ignored."""
+        return cls(pick(ModelConfig, values), pick(CacheConfig, values), pick(SchedulerConfig, values))
+
+
+def pick(section: type, values: dict[str, Any]) -> Any:
+    """An instance of ``section`` from the entries of ``values`` that are its fields."""
+    names = {f.name for f in dataclasses.fields(section)}
+    picked = {k: v for k, v in values.items() if k in names}
+    if "served_model_name" in picked:
+        picked["served_model_name"] = tuple(picked["served_model_name"])
+    return section(**picked)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from engine_core.config import CacheConfig, EngineConfig, ModelConfig, SchedulerConfig
+from engine_core.config import EngineConfig
 from engine_core.core import EngineCore
 from engine_core.messages.engine_input import AddRequest, DetokenizeParams
 from engine_core.request import FinishReason, SamplingParams
@@ -22,8 +22,9 @@ class LLM:
     """``LLM(model).generate(prompts, params)`` runs every prompt together through
     the continuous-batching engine and returns the generated token ids."""
 
-    def __init__(self, config: EngineConfig | None = None, **model_kwargs) -> None:
-        self.config = config or EngineConfig(ModelConfig(**model_kwargs), CacheConfig(), SchedulerConfig())
+    def __init__(self, config: EngineConfig | None = None, **options) -> None:
+        """``options``: any field of ModelConfig, CacheConfig or SchedulerConfig."""
+        self.config = config or EngineConfig.from_flat(options)
         self.engine = EngineCore(self.config)
         self._ids = itertools.count()
         self._tokenizer = None
@@ -57,6 +58,7 @@ class LLM:
                  params: SamplingParams | list[SamplingParams]) -> list[Generation]:
         token_prompts = [self.tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
         per_prompt = params if isinstance(params, list) else [params] * len(token_prompts)
-        generations = {self.add(ids, p): Generation(ids) for ids, p in zip(token_prompts, per_prompt)}
+        pairs = zip(token_prompts, per_prompt, strict=True)
+        generations = {self.add(ids, p): Generation(ids) for ids, p in pairs}
         self.run(generations)
         return list(generations.values())

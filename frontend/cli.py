@@ -11,7 +11,14 @@ from typing import Any, get_type_hints
 
 import yaml
 
-from engine_core.config import CacheConfig, EngineConfig, FrontendConfig, ModelConfig, SchedulerConfig
+from engine_core.config import (
+    CacheConfig,
+    EngineConfig,
+    FrontendConfig,
+    ModelConfig,
+    SchedulerConfig,
+    pick,
+)
 
 SECTIONS = (ModelConfig, CacheConfig, SchedulerConfig, FrontendConfig)
 
@@ -46,14 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _section(cls: type, values: dict[str, Any]) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    picked = {k: v for k, v in values.items() if k in names}
-    if "served_model_name" in picked:
-        picked["served_model_name"] = tuple(picked["served_model_name"])
-    return cls(**picked)
-
-
 def resolve_configs(argv: list[str]) -> tuple[EngineConfig, FrontendConfig]:
     args = vars(build_parser().parse_args(argv))
     values: dict[str, Any] = {}
@@ -66,9 +65,7 @@ def resolve_configs(argv: list[str]) -> tuple[EngineConfig, FrontendConfig]:
         if unknown:
             raise SystemExit(f"kestrel: unknown option(s) in {args['config']}: {', '.join(unknown)}")
     values.update({k: v for k, v in args.items() if k not in ("command", "config")})
-    engine = EngineConfig(_section(ModelConfig, values), _section(CacheConfig, values),
-                          _section(SchedulerConfig, values))
-    return engine, _section(FrontendConfig, values)
+    return EngineConfig.from_flat(values), pick(FrontendConfig, values)
 
 
 def main(argv: list[str] | None = None) -> None:

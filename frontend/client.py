@@ -38,6 +38,7 @@ class EngineClient:
         self.queues: dict[str, asyncio.Queue[RequestOutput]] = {}
         self.pongs: dict[int, asyncio.Future[EngineStats]] = {}
         self._ping_seq = itertools.count()
+        self.num_aborted = 0  # requests whose consumer left before they finished
         self._reader: asyncio.Task | None = None
         self.handlers = {RequestOutputs: self._route_outputs, Pong: self._resolve_pong}
 
@@ -102,4 +103,5 @@ class EngineClient:
 
     async def abort(self, request_id: str) -> None:
         logger.info("aborting request %s", request_id)
+        self.num_aborted += 1
         await self._send(AbortRequest(request_ids=[request_id]))

@@ -1,0 +1,85 @@
+"""What every route shares: the engine client, tokenizer, model names, metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine_core.config import FrontendConfig
+from engine_core.messages.engine_output import EngineStats
+from frontend.client import EngineClient
+from frontend.errors import model_not_found
+
+
+@dataclass
+class Metrics:
+    """Prometheus text counters kept by the frontend; gauges come from the engine."""
+
+    finished: Counter[str] = field(default_factory=Counter)  # by finish reason
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+    def record(self, finish_reason: str, prompt_tokens: int, generation_tokens: int) -> None:
+        self.finished[finish_reason] += 1
+        self.prompt_tokens += prompt_tokens
+        self.generation_tokens += generation_tokens
+
+    def render(self, stats: EngineStats, num_aborted: int) -> str:
+        lines = [
+            f"kestrel:num_requests_running {stats.num_running}",
+            f"kestrel:num_requests_waiting {stats.num_waiting}",
+            f"kestrel:kv_cache_free_blocks {stats.num_free_blocks}",
+            f"kestrel:kv_cache_total_blocks {stats.num_total_blocks}",
+            f"kestrel:num_preemptions_total {stats.num_preemptions}",
+            f"kestrel:prompt_tokens_total {self.prompt_tokens}",
+            f"kestrel:generation_tokens_total {self.generation_tokens}",
+            f"kestrel:aborted_requests_total {num_aborted}",
+        ]
+        lines += [f'kestrel:request_success_total{{finished_reason="{reason}"}} {count}'
+                  for reason, count in sorted(self.finished.items())]
+        return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ServerState:
+    config: FrontendConfig
+    client: EngineClient
+    tokenizer: Any
+    served_names: tuple[str, ...]
+    max_model_len: int
+    created: int = field(default_factory=lambda: int(time.time()))
+    metrics: Metrics = field(default_factory=Metrics)
+
+    @classmethod
+    def create(cls, config: FrontendConfig, model_path: str, client: EngineClient,
+               max_model_len: int) -> ServerState:
+        from engine_core.models.loader import load_tokenizer
+
+        names = config.served_model_name or (default_model_name(model_path),)
+        return cls(config, client, load_tokenizer(model_path), tuple(names), max_model_len)
+
+    def check_model(self, name: str | None) -> None:
+        if name not in self.served_names:
+            raise model_not_found(str(name))
+
+    def model_list(self) -> dict[str, Any]:
+        cards = [{
+            "id": name, "object": "model", "created": self.created, "owned_by": "kestrel",
+            "root": self.served_names[0], "parent": None, "max_model_len": self.max_model_len,
+            "permission": [],
+        } for name in self.served_names]
+        return {"object": "list", "data": cards}
+
+
+def default_model_name(model_path: str) -> str:
+    """``.../SmolLM2-135M-Instruct.Q4_1.gguf`` -> ``SmolLM2-135M-Instruct``."""
+    name = os.path.basename(os.path.normpath(model_path))
+    if name.endswith(".gguf"):
+        name = name[: -len(".gguf")]
+        stem, dot, quant = name.rpartition(".")
+        if dot and quant[:1] in "QFqfI" and any(c.isdigit() for c in quant):
+            name = stem
+    return name

@@ -38,7 +38,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
         elif kind in (int, float, str):
             kw["type"] = kind
         flag = "--" + f.name.replace("_", "-")
-        group.add_argument(flag, *( [flag.replace("-", "_")] if "_" in f.name else []), **kw)
+        aliases = ["--" + f.name] if "_" in f.name else []  # --a_b works like --a-b
+        group.add_argument(flag, *aliases, **kw)
 
 
 def build_parser() -> argparse.ArgumentParser:

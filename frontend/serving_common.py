@@ -115,7 +115,7 @@ def sse_event(payload: object) -> bytes:
     return b"data: " + _json.encode(payload) + b"\n\n"
 
 
-async def stream_sse(request: Request, events: AsyncIterator[object]) -> HTTPResponse:
+async def stream_sse(request: Request, events: AsyncIterator[object]) -> None:
     """Writes each event as ``data: {...}``; an error mid-stream becomes an error event.
     Always ends with ``data: [DONE]`` unless the client is gone."""
     response = await request.respond(content_type="text/event-stream",
@@ -130,7 +130,6 @@ async def stream_sse(request: Request, events: AsyncIterator[object]) -> HTTPRes
         await response.send(sse_event(error_body(as_api_error(exc))))
     await response.send(b"data: [DONE]\n\n")
     await response.eof()
-    return response
 
 
 def json_response(payload: object) -> HTTPResponse:

@@ -56,7 +56,8 @@ def reference() -> dict[str, list[int]]:
 
 
 def greedy(n: int = NEW_TOKENS) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+    # min_tokens masks EOS exactly like transformers' min_new_tokens does for the reference.
+    return SamplingParams(max_tokens=n, min_tokens=n, temperature=0.0)
 
 
 def test_batched_greedy_equals_transformers(llm: LLM, reference: dict[str, list[int]]) -> None:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.unit
 
 HEAD_DIM = 16
 BLOCK_SIZE = 4
-NUM_BLOCKS = 64
+NUM_BLOCKS = 128
 
 SCENARIOS = {
     "prefills_only": [[("a", 5), ("b", 17), ("c", 1)]],
@@ -22,6 +22,9 @@ SCENARIOS = {
                      [("a", 1), ("b", 1), ("c", 1)]],
     "mixed": [[("a", 4), ("b", 7)], [("a", 1), ("b", 1), ("c", 6)],
               [("a", 1), ("b", 1), ("c", 1), ("d", 9)]],
+    # Decode keys span several split-K chunks (DECODE_CHUNK = 64), some exactly full.
+    "long_decodes": [[("a", 150), ("b", 3), ("c", 63)], [("a", 1), ("b", 1), ("c", 1)],
+                     [("c", 1), ("a", 1), ("b", 1)]],
     "chunked_prefill": [[("a", 5)], [("a", 7)], [("b", 3), ("c", 2)],
                         [("a", 1), ("b", 6), ("c", 11)], [("c", 1), ("a", 1), ("b", 1)]],
 }

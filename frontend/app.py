@@ -14,6 +14,7 @@ from engine_core.config import FrontendConfig
 from frontend.client import EngineClient, EngineDeadError
 from frontend.errors import APIError, ServiceUnavailableError, as_api_error, error_body, unauthorized
 from frontend.serving_chat import create_chat_completion
+from frontend.serving_common import json_response
 from frontend.serving_completion import create_completion
 from frontend.state import ServerState
 
@@ -76,7 +77,7 @@ def build_app(config: FrontendConfig, model_path: str, engine_input: str, fronte
 
     @app.get("/v1/models")
     async def models(request: Request) -> HTTPResponse:
-        return json(app.ctx.state.model_list())
+        return json_response(app.ctx.state.model_list())
 
     @app.get("/metrics")
     async def metrics(request: Request) -> HTTPResponse:

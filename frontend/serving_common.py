@@ -8,13 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import msgspec
 from sanic import Request
-from sanic.response import HTTPResponse, JSONResponse
+from sanic.response import HTTPResponse
 
 from engine_core.messages.engine_input import AddRequest
 from engine_core.messages.frontend_input import PositionLogprobs, RequestOutput
-from frontend.errors import APIError, as_api_error, bad_request, error_body
+from frontend.errors import APIError, as_api_error, bad_request
 from frontend.protocol import (
     GenerationRequest,
     check_context_length,
@@ -22,10 +21,10 @@ from frontend.protocol import (
     to_detokenize_params,
     to_sampling_params,
 )
+from frontend.responses import SSE_DONE, encode_json, sse_error, sse_event
 from frontend.state import ServerState
 
 logger = logging.getLogger(__name__)
-_json = msgspec.json.Encoder()
 
 
 def engine_request(state: ServerState, req: GenerationRequest, request_id: str,
@@ -111,10 +110,6 @@ async def merged_outputs(state: ServerState, requests: list[AddRequest]
         await asyncio.gather(*feeders, return_exceptions=True)
 
 
-def sse_event(payload: object) -> bytes:
-    return b"data: " + _json.encode(payload) + b"\n\n"
-
-
 async def stream_sse(request: Request, events: AsyncIterator[object]) -> None:
     """Writes each event as ``data: {...}``; an error mid-stream becomes an error event.
     Always ends with ``data: [DONE]`` unless the client is gone."""
@@ -127,10 +122,10 @@ async def stream_sse(request: Request, events: AsyncIterator[object]) -> None:
         logger.info("client disconnected mid-stream")
         raise
     except Exception as exc:  # the status line is gone already: report in-band
-        await response.send(sse_event(error_body(as_api_error(exc))))
-    await response.send(b"data: [DONE]\n\n")
+        await response.send(sse_error(as_api_error(exc)))
+    await response.send(SSE_DONE)
     await response.eof()
 
 
 def json_response(payload: object) -> HTTPResponse:
-    return JSONResponse(payload, dumps=lambda obj: _json.encode(obj).decode())
+    return HTTPResponse(encode_json(payload), content_type="application/json")

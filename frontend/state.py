@@ -12,6 +12,7 @@ from engine_core.config import FrontendConfig
 from engine_core.messages.engine_output import EngineStats
 from frontend.client import EngineClient
 from frontend.errors import model_not_found
+from frontend.responses import ModelCard, ModelList
 
 
 @dataclass
@@ -65,13 +66,9 @@ class ServerState:
         if name not in self.served_names:
             raise model_not_found(str(name))
 
-    def model_list(self) -> dict[str, Any]:
-        cards = [{
-            "id": name, "object": "model", "created": self.created, "owned_by": "kestrel",
-            "root": self.served_names[0], "parent": None, "max_model_len": self.max_model_len,
-            "permission": [],
-        } for name in self.served_names]
-        return {"object": "list", "data": cards}
+    def model_list(self) -> ModelList:
+        return ModelList(data=[ModelCard(id=name, created=self.created, root=self.served_names[0],
+                                         max_model_len=self.max_model_len) for name in self.served_names])
 
 
 def default_model_name(model_path: str) -> str:

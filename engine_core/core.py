@@ -23,7 +23,7 @@ from engine_core.messages.engine_output import (
 from engine_core.model_runner import ModelRunner
 from engine_core.request import Request
 from engine_core.sampler import SamplerOutput
-from engine_core.scheduler import Scheduler, StepResult
+from engine_core.scheduler import Scheduler, SchedulerOutput, StepResult
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class EngineCore:
         plan = self.scheduler.schedule()
         sampled = self.runner.execute(plan)
         results = self.scheduler.update(plan, sampled.token_ids if sampled else [])
-        return self._step_outputs(results, sampled)
+        return self._step_outputs(plan, results, sampled)
 
     def stats(self) -> EngineStats:
         return EngineStats(
@@ -70,17 +70,17 @@ class EngineCore:
             num_preemptions=self.scheduler.num_preemptions,
         )
 
-    def _step_outputs(self, results: list[StepResult], sampled: SamplerOutput | None) -> StepOutputs:
-        # Sampled rows follow the scheduled order, as do results that carry a token.
-        logprob_rows = iter(range(len(sampled.token_ids))) if sampled else iter(())
+    def _step_outputs(self, plan: SchedulerOutput, results: list[StepResult],
+                      sampled: SamplerOutput | None) -> StepOutputs:
+        # Row i of the sampler output belongs to the i-th scheduled chunk that samples.
+        sample_rows = {item.request.request_id: row
+                       for row, item in enumerate(item for item in plan.scheduled if item.samples)}
         deltas = []
         for result in results:
             request = result.request
             logprobs = []
-            if result.new_token_ids:
-                row = next(logprob_rows)
-                if sampled is not None and sampled.sampled_logprobs is not None:
-                    logprobs = self._logprobs(request, sampled, row)
+            if result.new_token_ids and sampled is not None and sampled.sampled_logprobs is not None:
+                logprobs = self._logprobs(request, sampled, sample_rows[request.request_id])
             if result.finish_reason is not None:
                 self.runner.remove_request(request.request_id)
             deltas.append(RequestDelta(
@@ -89,6 +89,7 @@ class EngineCore:
                 logprobs=logprobs,
                 finish_reason=-1 if result.finish_reason is None else int(result.finish_reason),
                 num_prompt_tokens=request.num_prompt_tokens,
+                num_cached_tokens=result.num_cached_tokens,
             ))
         new_requests, self._new_requests = self._new_requests, []
         return StepOutputs(new_requests=new_requests, deltas=deltas)

@@ -54,6 +54,8 @@ class CacheConfig:
     block_size: int = _opt(16, "Tokens per KV cache block.")
     kv_cache_memory: float = _opt(0.0, "KV cache budget in GiB (0 = a quarter of free RAM, "
                                        "capped at 4 GiB).")
+    enable_prefix_caching: bool = _opt(False, "Reuse the KV blocks of identical prompt prefixes "
+                                              "across requests (full blocks, LRU eviction).")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ class EngineCore:
         kv = self.runner.kv_shape
         self.max_model_len = kv.max_model_len
         self.eos_token_id = self.runner.arch.eos_token_id
-        self.kv_cache = KVCacheManager(kv.num_blocks, kv.block_size)
+        self.kv_cache = KVCacheManager(kv.num_blocks, kv.block_size, config.cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.kv_cache, kv.max_model_len)
         self._new_requests: list[NewRequest] = []
 
@@ -68,6 +68,8 @@ class EngineCore:
             num_free_blocks=self.kv_cache.num_free_blocks,
             num_total_blocks=self.kv_cache.num_total_blocks,
             num_preemptions=self.scheduler.num_preemptions,
+            prefix_cache_hits=self.kv_cache.prefix_cache_hits,
+            prefix_cache_queries=self.kv_cache.prefix_cache_queries,
         )
 
     def _step_outputs(self, plan: SchedulerOutput, results: list[StepResult],

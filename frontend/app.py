@@ -18,7 +18,7 @@ from frontend.serving_common import json_response
 from frontend.serving_completion import create_completion
 from frontend.state import ServerState
 
-HEALTH_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 20.0  # a long prefill step delays the answer; a dead child ends the group anyway
 STARTUP_TIMEOUT_S = 600.0
 MAX_BODY_BYTES = 16 << 20
 

@@ -35,6 +35,8 @@ def _add_fields(parser: argparse.ArgumentParser, cls: type) -> None:
             kw["choices"] = f.metadata["choices"]
         if f.metadata.get("nargs"):
             kw["nargs"] = f.metadata["nargs"]
+        elif kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
         elif kind in (int, float, str):
             kw["type"] = kind
         flag = "--" + f.name.replace("_", "-")

@@ -35,6 +35,8 @@ class Metrics:
             f"kestrel:kv_cache_free_blocks {stats.num_free_blocks}",
             f"kestrel:kv_cache_total_blocks {stats.num_total_blocks}",
             f"kestrel:num_preemptions_total {stats.num_preemptions}",
+            f"kestrel:prefix_cache_queries_total {stats.prefix_cache_queries}",
+            f"kestrel:prefix_cache_hits_total {stats.prefix_cache_hits}",
             f"kestrel:prompt_tokens_total {self.prompt_tokens}",
             f"kestrel:generation_tokens_total {self.generation_tokens}",
             f"kestrel:aborted_requests_total {num_aborted}",

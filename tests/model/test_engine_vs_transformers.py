@@ -94,3 +94,12 @@ def test_every_block_is_free_after_the_batch(llm: LLM) -> None:
     llm.generate([llm.tokenizer.encode(p) for p in PROMPTS[:3]], greedy(8))
     kv = llm.engine.kv_cache
     assert kv.num_free_blocks == kv.num_total_blocks
+
+
+def test_prefix_caching_reuses_blocks_and_keeps_outputs(reference: dict[str, list[int]]) -> None:
+    cached = LLM(dtype="float32", kv_cache_memory=0.05, enable_prefix_caching=True)
+    prompt = cached.tokenizer.encode(PROMPTS[-1])
+    first = cached.generate([prompt], greedy())[0].token_ids
+    second = cached.generate([prompt], greedy())[0].token_ids
+    assert first == second == reference[PROMPTS[-1]]
+    assert cached.engine.kv_cache.prefix_cache_hits >= (len(prompt) // 16) * 16 - 16

@@ -22,7 +22,9 @@ def test_flags_reach_their_sections() -> None:
     engine, frontend = resolve_configs([
         "serve", "--dtype", "float32", "--max-model-len", "512", "--max_num_seqs", "4",
         "--block-size", "32", "--kv-cache-memory", "0.5", "--served-model-name", "a", "b", "--port", "9001",
+        "--enable-prefix-caching",
     ])
+    assert engine.cache.enable_prefix_caching
     assert engine.model.dtype == "float32" and engine.model.max_model_len == 512
     assert engine.scheduler.max_num_seqs == 4
     assert engine.cache.block_size == 32 and engine.cache.kv_cache_memory == 0.5

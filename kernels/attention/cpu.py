@@ -3,19 +3,24 @@
 ``prepare`` turns the step's ``BatchLayout`` into index tensors once; every layer's
 ``forward`` then only writes its new K/V into the cache and attends:
 
-* decodes (one query each) are computed together, split-K style: every decode
-  request's keys are cut into fixed-size chunks (the last one padded with masked
-  keys, never more than ``DECODE_CHUNK - 1``), one flash-attention call covers all
-  chunks of all requests, and a segment softmax over each request's chunks (max and
-  sum of their log-sum-exps) merges the partial results. The number of torch ops does
-  not grow with the batch and there is no padding to the longest request;
+* decodes (one query each) are computed together, split-K style, with a fixed number
+  of torch ops whatever the batch: each decode request's cache blocks are grouped into
+  chunks of C keys (the last chunk padded with zeroed, masked keys; never a whole
+  padding chunk, and no padding to the longest request). One ``index_select`` gathers
+  the whole blocks of K and V of all chunks, one bmm scores every chunk against its
+  request's query, one bmm weights the values, and a segment softmax (per-request max,
+  ``index_add`` of the sums) combines the chunks of each request;
 * prefill chunks (few per step) each run one ``scaled_dot_product_attention`` over the
   gathered earlier context plus the chunk's own tokens.
 
-Keys are gathered with ``F.embedding`` on the cache seen as a ``[slots, KV * D]`` table:
-on CPU it is several times faster than ``index_select`` on the slot dimension.
+GQA in the decode bmms: keys stay ``[C, KV * D]`` rows exactly as the cache stores them
+(no transposing copy, no repeat per query head); each query head is instead spread into a
+``KV * D`` row that is zero outside its own kv head (``head_mask``). That does KV times
+the multiply-adds of a per-head bmm, which is cheap next to moving the keys around.
+Prefill keys are gathered with ``F.embedding`` on the cache seen as a ``[slots, KV * D]``
+table: on CPU it is several times faster than ``index_select`` on the slot dimension.
 Shapes: T new tokens, H query heads, KV key/value heads, G = H // KV, D head dim,
-N decode chunks, C = DECODE_CHUNK.
+R decode requests, N decode chunks, C keys per chunk.
 """
 
 from __future__ import annotations
@@ -28,11 +33,7 @@ import torch.nn.functional as F
 
 from kernels.attention.base import AttentionBackend, AttentionMetadata, BatchLayout
 
-DECODE_CHUNK = 64  # keys per decode chunk: big enough for the flash kernel, small tail padding
-
-# The op behind F.scaled_dot_product_attention on CPU; unlike the public API it also
-# returns the log-sum-exp of every query row, which the split-K merge needs.
-_flash_attention_with_lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+DECODE_CHUNK = 64  # target keys per decode chunk (rounded to whole blocks): few bmm batches, small padding
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,22 @@ class PrefillChunk:
 
 
 @dataclass(frozen=True)
+class DecodeChunks:
+    """Where the keys of the step's decode requests are and how their chunks combine."""
+
+    block_ids: torch.Tensor  # [N * C / block_size] int64: cache blocks of every chunk, in order
+    padding_rows: torch.Tensor  # [P] int64: gathered key rows past their request's length
+    mask: torch.Tensor  # [N, 1, C] float32: 0 for real keys, -inf for the padding
+    chunk_request: torch.Tensor  # [N] int64: decode request owning each chunk
+    chunk_request_index: torch.Tensor  # [N, H] the same, expanded for scatter_reduce
+    chunk_size: int
+
+
+@dataclass(frozen=True)
 class CpuAttentionMetadata(AttentionMetadata):
     slot_mapping: torch.Tensor  # [T] int64
     num_decodes: int
-    # One decode: the slots of its keys. Several: the slots of every chunk's C keys.
-    decode_key_slots: torch.Tensor  # [L] or [N, C] int64
-    decode_chunk_request: torch.Tensor | None  # [N] int64: decode request owning each chunk
-    decode_chunk_request_index: torch.Tensor | None  # [N, KV, G] the same, expanded for scatter_reduce
-    decode_chunk_mask: torch.Tensor | None  # [N, 1, 1, C] float32: 0 for real keys, -inf for the padding
+    decodes: DecodeChunks | None  # None when the step has no decode
     prefills: tuple[PrefillChunk, ...]
 
 
@@ -79,6 +88,11 @@ class CpuAttentionBackend(AttentionBackend):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         self.group = num_heads // num_kv_heads
+        # head_mask[h, kv] = scale where query head h reads kv head kv, else 0: spreads a
+        # query head into a [KV * D] row and applies the softmax scale in the same multiply.
+        head_kv = torch.arange(num_heads) // self.group
+        self.head_mask = (head_kv.unsqueeze(1) == torch.arange(num_kv_heads)).float().mul_(scale)
+        self.head_mask = self.head_mask.unsqueeze(-1)  # [H, KV, 1]
 
     # ------------------------------------------------------------------ per step
 
@@ -111,31 +125,46 @@ class CpuAttentionBackend(AttentionBackend):
             prefills.append(PrefillChunk(query_start, query_start + query_len, key_slots, mask))
             query_start += query_len
 
-        decode_lens = context_lens[:num_decodes] + 1
-        chunk_request = chunk_request_index = chunk_mask = None
-        if num_decodes == 1:
-            decode_slots = slots_in_range(0, np.zeros(1, np.int64), decode_lens)
-        else:
-            chunks_per_request = -(-decode_lens // DECODE_CHUNK)
-            starts = np.zeros(num_decodes, np.int64)
-            requests, positions = token_ranges(starts, chunks_per_request * DECODE_CHUNK)
-            padding = positions >= decode_lens[requests]
-            # Padding keys read token 0 (always written) and are masked out.
-            decode_slots = slots_of(table_flat, table_offsets, requests, np.where(padding, 0, positions),
-                                    block_size).reshape(-1, DECODE_CHUNK)
-            chunk_request = to_device(np.repeat(np.arange(num_decodes), chunks_per_request))
-            chunk_request_index = chunk_request.view(-1, 1, 1).expand(-1, self.num_kv_heads, self.group)
-            chunk_mask = torch.zeros(padding.shape, device=device).masked_fill_(
-                to_device(padding), float("-inf")).view(-1, 1, 1, DECODE_CHUNK)
-
+        decodes = None
+        if num_decodes:
+            decodes = self._prepare_decodes(context_lens[:num_decodes] + 1, table_flat, table_offsets,
+                                            table_lens, block_size, to_device)
         return CpuAttentionMetadata(
             slot_mapping=to_device(slot_mapping),
             num_decodes=num_decodes,
-            decode_key_slots=to_device(decode_slots),
-            decode_chunk_request=chunk_request,
-            decode_chunk_request_index=chunk_request_index,
-            decode_chunk_mask=chunk_mask,
+            decodes=decodes,
             prefills=tuple(prefills),
+        )
+
+    def _prepare_decodes(self, key_lens: np.ndarray, table_flat: np.ndarray, table_offsets: np.ndarray,
+                         table_lens: np.ndarray, block_size: int, to_device) -> DecodeChunks:
+        """key_lens: [R] keys per decode request (context + the new token)."""
+        blocks_per_chunk = max(1, DECODE_CHUNK // block_size)
+        chunk_size = blocks_per_chunk * block_size
+        chunks_per_request = -(-key_lens // chunk_size)
+        padded_lens = chunks_per_request * chunk_size
+        requests, block_index = token_ranges(np.zeros_like(key_lens), chunks_per_request * blocks_per_chunk)
+        # Blocks past the end of a block table repeat its last block: any real block will
+        # do, their rows are zeroed and masked anyway.
+        block_index = np.minimum(block_index, table_lens[requests] - 1)
+        block_ids = table_flat[table_offsets[requests] + block_index]
+
+        # Padding rows hold stale (even NaN) cache contents: they are zeroed after the gather
+        # because a masked score still multiplies its value row (0 * NaN = NaN).
+        request_first_row = np.cumsum(padded_lens) - padded_lens
+        _, padding_rows = token_ranges(request_first_row + key_lens, padded_lens - key_lens)
+        is_padding = np.zeros(int(padded_lens.sum()), dtype=bool)
+        is_padding[padding_rows] = True
+        mask = torch.zeros(is_padding.shape).masked_fill_(torch.from_numpy(is_padding), float("-inf"))
+
+        chunk_request = to_device(np.repeat(np.arange(len(key_lens)), chunks_per_request))
+        return DecodeChunks(
+            block_ids=to_device(block_ids),
+            padding_rows=to_device(padding_rows),
+            mask=mask.to(chunk_request.device).view(-1, 1, chunk_size),
+            chunk_request=chunk_request,
+            chunk_request_index=chunk_request.unsqueeze(1).expand(-1, self.num_heads),
+            chunk_size=chunk_size,
         )
 
     # ------------------------------------------------------------------ per layer
@@ -151,49 +180,52 @@ class CpuAttentionBackend(AttentionBackend):
         cache = kv_cache.view(2, -1, self.num_kv_heads, self.head_dim)  # [2, slots, KV, D]
         cache[0].index_copy_(0, meta.slot_mapping, k)
         cache[1].index_copy_(0, meta.slot_mapping, v)
-        key_table, value_table = kv_cache.view(2, cache.shape[1], -1)  # [slots, KV * D] each
 
         outputs = []
-        num_decodes = meta.num_decodes
-        if num_decodes == 1:
-            outputs.append(self._decode_one(q[:1], key_table, value_table, meta))
-        elif num_decodes > 1:
-            outputs.append(self._decode_batch(q[:num_decodes], key_table, value_table, meta))
-        for chunk in meta.prefills:
-            outputs.append(self._prefill(q, k, v, key_table, value_table, chunk))
+        if meta.decodes is not None:
+            outputs.append(self._decode(q[:meta.num_decodes], kv_cache, meta.decodes))
+        if meta.prefills:
+            key_table, value_table = kv_cache.view(2, cache.shape[1], -1)  # [slots, KV * D] each
+            for chunk in meta.prefills:
+                outputs.append(self._prefill(q, k, v, key_table, value_table, chunk))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _gather(self, table: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         return F.embedding(slots, table).view(*slots.shape, self.num_kv_heads, self.head_dim)
 
-    def _decode_one(self, q: torch.Tensor, key_table: torch.Tensor, value_table: torch.Tensor,
-                    meta: CpuAttentionMetadata) -> torch.Tensor:
-        # The G query heads sharing a kv head act as G query rows of one attention call.
-        keys = self._gather(key_table, meta.decode_key_slots).transpose(0, 1).unsqueeze(0)  # [1, KV, L, D]
-        values = self._gather(value_table, meta.decode_key_slots).transpose(0, 1).unsqueeze(0)
-        queries = q.view(1, self.num_kv_heads, self.group, self.head_dim)
-        out = F.scaled_dot_product_attention(queries, keys, values, scale=self.scale)  # [1, KV, G, D]
-        return out.view(1, self.num_heads, self.head_dim)
+    def _gather_chunks(self, kv_cache: torch.Tensor, chunks: DecodeChunks) -> torch.Tensor:
+        # Whole blocks by block id, K and V into one buffer: rows of block_size * KV * D values
+        # copy ~3x faster than one row per slot, and index_select on dim 0 (not 1) is the
+        # fast CPU path.
+        tables = kv_cache.view(2, kv_cache.shape[1], -1)  # [2, num_blocks, bs * KV * D]
+        blocks = tables.new_empty(2, chunks.block_ids.shape[0], tables.shape[-1])
+        for kind in range(2):
+            torch.index_select(tables[kind], 0, chunks.block_ids, out=blocks[kind])
+            blocks[kind].view(-1, self.num_kv_heads * self.head_dim).index_fill_(0, chunks.padding_rows, 0.0)
+        return blocks.view(2, -1, chunks.chunk_size, self.num_kv_heads * self.head_dim)  # [2, N, C, KV * D]
 
-    def _decode_batch(self, q: torch.Tensor, key_table: torch.Tensor, value_table: torch.Tensor,
-                      meta: CpuAttentionMetadata) -> torch.Tensor:
-        num_decodes, chunk_request = q.shape[0], meta.decode_chunk_request
-        keys = self._gather(key_table, meta.decode_key_slots).transpose(1, 2)  # [N, KV, C, D]
-        values = self._gather(value_table, meta.decode_key_slots).transpose(1, 2)
-        queries = q.reshape(num_decodes, self.num_kv_heads, self.group, self.head_dim)
-        chunk_out, chunk_lse = _flash_attention_with_lse(
-            queries.index_select(0, chunk_request), keys, values, 0.0, False,
-            attn_mask=meta.decode_chunk_mask, scale=self.scale)  # [N, KV, G, D], [N, KV, G] float32
+    def _decode(self, q: torch.Tensor, kv_cache: torch.Tensor, chunks: DecodeChunks) -> torch.Tensor:
+        num_decodes, heads = q.shape[0], self.num_heads
+        keys, values = self._gather_chunks(kv_cache, chunks)  # [N, C, KV * D] each
+        # Query head h spread over all kv heads, zero (and scaled) outside its own.
+        spread = (q.unsqueeze(2) * self.head_mask.to(q.dtype)).view(num_decodes, heads, -1)  # [R, H, KV*D]
+        queries = spread.index_select(0, chunks.chunk_request)  # [N, H, KV * D]
+        scores = torch.baddbmm(chunks.mask.to(q.dtype), queries, keys.transpose(1, 2))  # [N, H, C]
 
-        # Segment softmax over each request's chunks: chunk weight = exp(lse - request max).
-        per_request = (num_decodes, self.num_kv_heads, self.group)
-        request_max = chunk_lse.new_full(per_request, -torch.inf).scatter_reduce_(
-            0, meta.decode_chunk_request_index, chunk_lse, "amax")
-        weights = (chunk_lse - request_max.index_select(0, chunk_request)).exp_()  # [N, KV, G]
-        total = chunk_lse.new_zeros(per_request).index_add_(0, chunk_request, weights)
-        out = chunk_lse.new_zeros(*per_request, self.head_dim).index_add_(
-            0, chunk_request, chunk_out * weights.unsqueeze(-1))
-        return (out / total.unsqueeze(-1)).to(q.dtype).view(num_decodes, self.num_heads, self.head_dim)
+        # Softmax over all chunks of a request: shift by the request's max, sum per request.
+        chunk_max = scores.amax(dim=-1)  # [N, H]; finite: a chunk always has a real key
+        request_max = chunk_max.new_empty(num_decodes, heads).scatter_reduce_(
+            0, chunks.chunk_request_index, chunk_max, "amax", include_self=False)
+        shift = request_max.index_select(0, chunks.chunk_request).unsqueeze(-1)  # [N, H, 1]
+        probs = scores.sub_(shift).exp_()  # [N, H, C], unnormalised
+        total = probs.new_zeros(num_decodes, heads).index_add_(0, chunks.chunk_request, probs.sum(-1))
+        weighted = torch.bmm(probs, values)  # [N, H, KV * D]: every head against every kv head
+        out = weighted.new_zeros(num_decodes, heads, weighted.shape[-1]).index_add_(
+            0, chunks.chunk_request, weighted)
+        # Keep each head's own kv head: [R, KV, G, KV, D] -> diagonal over the two KV dims.
+        out = out.view(num_decodes, self.num_kv_heads, self.group, self.num_kv_heads, self.head_dim)
+        out = torch.diagonal(out, dim1=1, dim2=3).permute(0, 3, 1, 2)  # [R, KV, G, D]
+        return (out.reshape(num_decodes, heads, self.head_dim) / total.unsqueeze(-1))
 
     def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_table: torch.Tensor,
                  value_table: torch.Tensor, chunk: PrefillChunk) -> torch.Tensor:

@@ -114,8 +114,10 @@ class LlamaMLP(nn.Module):
         self.down_proj = RowParallelLinear(size, cfg.hidden_size, bias=cfg.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] each
-        return self.down_proj(F.silu(gate) * up)
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # [T, I] strided views of one buffer
+        # In place: no new [T, I] tensors; the matmul reads the strided result directly.
+        F.silu(gate, inplace=True)
+        return self.down_proj(gate.mul_(up))
 
 
 class LlamaBlock(nn.Module):

@@ -19,6 +19,7 @@ from detokenizer.stop import StopChecker
 from engine_core.messages import Codec
 from engine_core.messages.engine_input import AbortRequest, EngineInput
 from engine_core.messages.engine_output import (
+    EmbeddingResults,
     EngineOutput,
     Logprobs,
     NewRequest,
@@ -68,19 +69,21 @@ class Detokenizer:
         self._token_texts: dict[int, str] = {}  # single-token texts for logprobs, vocab-bounded
         self._handlers: dict[type, Callable[[Any], tuple[list[FrontendInput], list[str]]]] = {
             StepOutputs: self._handle_step,
-            Pong: self._handle_pong,
+            # Nothing to detokenize: pongs and embeddings pass through as they are.
+            Pong: self._forward,
+            EmbeddingResults: self._forward,
         }
 
     @property
     def num_requests(self) -> int:
         return len(self._requests)
 
-    def handle(self, msg: StepOutputs | Pong) -> tuple[list[FrontendInput], list[str]]:
+    def handle(self, msg: EngineOutput) -> tuple[list[FrontendInput], list[str]]:
         """Returns (messages for the frontend, request ids the engine core must abort)."""
         return self._handlers[type(msg)](msg)
 
-    def _handle_pong(self, pong: Pong) -> tuple[list[FrontendInput], list[str]]:
-        return [pong], []
+    def _forward(self, msg: Pong | EmbeddingResults) -> tuple[list[FrontendInput], list[str]]:
+        return [msg], []
 
     def _handle_step(self, step: StepOutputs) -> tuple[list[FrontendInput], list[str]]:
         for new_request in step.new_requests:

@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine_core.task import TASK_CHOICES, resolve_task
+
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -44,9 +46,17 @@ class ModelConfig:
                                  "capped by the KV cache budget).")
     seed: int = _opt(0, "Seed of the engine's default random generator.")
     device: str = _opt("cpu", "Torch device: cpu or cuda.")
+    task: str = _opt("auto", "What to serve: generate (completions, chat) or embedding (/v1/embeddings; "
+                             "'embed' is an alias). auto = embedding for encoder (BERT) models, "
+                             "generate otherwise.",
+                     choices=TASK_CHOICES)
 
     def resolved_path(self) -> str:
         return self.model or default_model_path()
+
+    def resolved_task(self) -> str:
+        """``generate`` or ``embedding``, from the model's config.json when ``task`` is auto."""
+        return resolve_task(self.task, self.resolved_path())
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,17 @@ import signal
 import zmq
 
 from engine_core.config import EngineConfig
+from engine_core.embedding_core import EmbeddingCore
 from engine_core.kv_cache_manager import KVCacheManager
 from engine_core.messages import Codec
-from engine_core.messages.engine_input import AbortRequest, AddRequest, EngineInput, Ping, Shutdown
+from engine_core.messages.engine_input import (
+    AbortRequest,
+    AddRequest,
+    EmbedRequest,
+    EngineInput,
+    Ping,
+    Shutdown,
+)
 from engine_core.messages.engine_output import (
     EngineOutput,
     EngineStats,
@@ -24,6 +32,7 @@ from engine_core.model_runner import ModelRunner
 from engine_core.request import Request
 from engine_core.sampler import SamplerOutput
 from engine_core.scheduler import Scheduler, SchedulerOutput, StepResult
+from engine_core.task import EMBEDDING, GENERATE
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +116,22 @@ class EngineCore:
         return [Logprobs(sampled.sampled_logprobs[row], top_ids, top_values)]
 
 
+_CORES: dict[str, tuple[type[EngineCore] | type[EmbeddingCore], type]] = {
+    GENERATE: (EngineCore, AddRequest),
+    EMBEDDING: (EmbeddingCore, EmbedRequest),
+}
+
+
 class EngineCoreProc:
-    """Transport loop: PULL requests, step while there is work, PUSH StepOutputs.
+    """Transport loop: PULL requests, step while there is work, PUSH each step's output.
 
     Blocks on the input socket only when idle, so a busy engine never waits on I/O.
     """
 
     def __init__(self, config: EngineConfig, input_path: str, output_path: str) -> None:
-        self.core = EngineCore(config)
+        # The task picks the core and the request type it accepts, once.
+        core_cls, request_type = _CORES[config.model.resolved_task()]
+        self.core: EngineCore | EmbeddingCore = core_cls(config)
         self.ctx = zmq.Context()
         self.input = self.ctx.socket(zmq.PULL)
         self.input.bind(f"ipc://{input_path}")
@@ -124,7 +141,7 @@ class EngineCoreProc:
         self.output_codec = Codec(EngineOutput)
         self.running = True
         self.handlers = {
-            AddRequest: self.core.add_request,
+            request_type: self.core.add_request,
             AbortRequest: lambda msg: self.core.abort_requests(msg.request_ids),
             Ping: self._pong,
             Shutdown: self._shutdown,

@@ -14,6 +14,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="kestrel-frontend")
     parser.add_argument("--config-json", required=True, help="FrontendConfig as JSON")
     parser.add_argument("--model", required=True, help="model path (for the tokenizer and the default name)")
+    parser.add_argument("--task", required=True, choices=("generate", "embedding"),
+                        help="the resolved task: which endpoints serve")
     parser.add_argument("--engine-input", required=True)
     parser.add_argument("--frontend-input", required=True)
     args = parser.parse_args()
@@ -21,7 +23,7 @@ def main() -> None:
     config = msgspec.json.decode(args.config_json, type=FrontendConfig)
     from frontend.app import build_app
 
-    app = build_app(config, args.model, args.engine_input, args.frontend_input)
+    app = build_app(config, args.model, args.task, args.engine_input, args.frontend_input)
     app.run(host=config.host, port=config.port, single_process=True, access_log=False, motd=False)
 
 

@@ -11,11 +11,13 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, empty, json, text
 
 from engine_core.config import FrontendConfig
+from engine_core.task import EMBEDDING, GENERATE
 from frontend.client import EngineClient, EngineDeadError
 from frontend.errors import APIError, ServiceUnavailableError, as_api_error, error_body, unauthorized
 from frontend.serving_chat import create_chat_completion
 from frontend.serving_common import json_response
 from frontend.serving_completion import create_completion
+from frontend.serving_embedding import create_embedding
 from frontend.state import ServerState
 
 HEALTH_TIMEOUT_S = 20.0  # a long prefill step delays the answer; a dead child ends the group anyway
@@ -23,7 +25,8 @@ STARTUP_TIMEOUT_S = 600.0
 MAX_BODY_BYTES = 16 << 20
 
 
-def build_app(config: FrontendConfig, model_path: str, engine_input: str, frontend_input: str) -> Sanic:
+def build_app(config: FrontendConfig, model_path: str, task: str, engine_input: str,
+              frontend_input: str) -> Sanic:
     app = Sanic("kestrel")
     app.config.REQUEST_MAX_SIZE = MAX_BODY_BYTES
     app.config.KEEP_ALIVE_TIMEOUT = 75
@@ -35,7 +38,7 @@ def build_app(config: FrontendConfig, model_path: str, engine_input: str, fronte
         client.start()
         # Listen only once the engine has loaded the model and answers through the detokenizer.
         stats = await client.ping(timeout=STARTUP_TIMEOUT_S)
-        app.ctx.state = ServerState.create(config, model_path, client, stats.max_model_len)
+        app.ctx.state = ServerState.create(config, model_path, client, stats.max_model_len, task)
 
     @app.after_server_stop
     async def disconnect(app: Sanic) -> None:
@@ -87,11 +90,18 @@ def build_app(config: FrontendConfig, model_path: str, engine_input: str, fronte
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        app.ctx.state.check_task(GENERATE, "/v1/completions")
         return await create_completion(app.ctx.state, request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
+        app.ctx.state.check_task(GENERATE, "/v1/chat/completions")
         return await create_chat_completion(app.ctx.state, request)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request):
+        app.ctx.state.check_task(EMBEDDING, "/v1/embeddings")
+        return await create_embedding(app.ctx.state, request)
 
     return app
 

@@ -75,4 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     engine_config, frontend_config = resolve_configs(sys.argv[1:] if argv is None else argv)
     from frontend.launcher import Launcher
 
-    sys.exit(Launcher(engine_config, frontend_config).run())
+    try:
+        launcher = Launcher(engine_config, frontend_config)
+    except ValueError as exc:  # e.g. a --task the model cannot do
+        raise SystemExit(f"kestrel: {exc}") from None
+    sys.exit(launcher.run())

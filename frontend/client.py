@@ -15,8 +15,8 @@ import zmq
 import zmq.asyncio
 
 from engine_core.messages import Codec
-from engine_core.messages.engine_input import AbortRequest, AddRequest, EngineInput, Ping
-from engine_core.messages.engine_output import EngineStats, Pong
+from engine_core.messages.engine_input import AbortRequest, AddRequest, EmbedRequest, EngineInput, Ping
+from engine_core.messages.engine_output import EmbeddingResult, EmbeddingResults, EngineStats, Pong
 from engine_core.messages.frontend_input import FrontendInput, RequestOutput, RequestOutputs
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,12 @@ class EngineClient:
         self.output_codec = Codec(FrontendInput)
         self.queues: dict[str, asyncio.Queue[RequestOutput]] = {}
         self.pongs: dict[int, asyncio.Future[EngineStats]] = {}
+        self.embeddings: dict[str, asyncio.Future[EmbeddingResult]] = {}
         self._ping_seq = itertools.count()
         self.num_aborted = 0  # requests whose consumer left before they finished
         self._reader: asyncio.Task | None = None
-        self.handlers = {RequestOutputs: self._route_outputs, Pong: self._resolve_pong}
+        self.handlers = {RequestOutputs: self._route_outputs, EmbeddingResults: self._resolve_embeddings,
+                         Pong: self._resolve_pong}
 
     def start(self) -> None:
         self._reader = asyncio.get_running_loop().create_task(self._read_loop())
@@ -62,6 +64,12 @@ class EngineClient:
             queue = self.queues.get(output.request_id)
             if queue is not None:  # None: the client already went away
                 queue.put_nowait(output)
+
+    def _resolve_embeddings(self, msg: EmbeddingResults) -> None:
+        for result in msg.results:
+            future = self.embeddings.pop(result.request_id, None)
+            if future is not None and not future.done():  # None: the client already went away
+                future.set_result(result)
 
     def _resolve_pong(self, msg: Pong) -> None:
         future = self.pongs.pop(msg.seq, None)
@@ -100,6 +108,22 @@ class EngineClient:
             self.queues.pop(request.request_id, None)
             if not finished:
                 await self.abort(request.request_id)
+
+    async def embed(self, request_id: str, prompt_token_ids: list[int]) -> EmbeddingResult:
+        """One embedding; if the caller is cancelled first, the engine drops the request."""
+        future: asyncio.Future[EmbeddingResult] = asyncio.get_running_loop().create_future()
+        self.embeddings[request_id] = future
+        # Not future.done(): cancelling the awaiting task cancels the future too.
+        answered = False
+        try:
+            await self._send(EmbedRequest(request_id, prompt_token_ids))
+            result = await future
+            answered = True
+            return result
+        finally:
+            self.embeddings.pop(request_id, None)
+            if not answered:
+                await self.abort(request_id)
 
     async def abort(self, request_id: str) -> None:
         logger.info("aborting request %s", request_id)

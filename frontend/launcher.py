@@ -4,6 +4,7 @@ ends it together: one child dies, all go; SIGINT/SIGTERM, all go."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import shutil
@@ -33,7 +34,9 @@ def _die_with_parent() -> None:
 
 class Launcher:
     def __init__(self, engine_config: EngineConfig, frontend_config: FrontendConfig) -> None:
-        self.engine_config = engine_config
+        # Resolved here, once: the engine core and the frontend must agree on the task.
+        model = dataclasses.replace(engine_config.model, task=engine_config.model.resolved_task())
+        self.engine_config = dataclasses.replace(engine_config, model=model)
         self.frontend_config = frontend_config
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False
@@ -53,7 +56,8 @@ class Launcher:
                             "--tokenizer", model_path],
             "frontend": [py, "-m", "frontend", "--config-json",
                          msgspec.json.encode(self.frontend_config).decode(),
-                         "--model", model_path, "--engine-input", engine_input,
+                         "--model", model_path, "--task", self.engine_config.model.task,
+                         "--engine-input", engine_input,
                          "--frontend-input", frontend_input],
         }
 

@@ -31,7 +31,10 @@ RESPONSE_ROLE = "assistant"
 async def create_chat_completion(state: ServerState, http: Request):
     req = parse_request(http.body, ChatCompletionRequest)
     state.check_model(req.model)
-    prompt_ids = render_chat_prompt(state, req)
+    prompt_ids = render_chat_prompt(
+        state.tokenizer, req.messages, add_generation_prompt=req.add_generation_prompt,
+        continue_final_message=req.continue_final_message, chat_template=req.chat_template,
+        chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.add_special_tokens)
     response_id = f"chatcmpl-{req.request_id}"
     request = engine_request(state, req, response_id, prompt_ids)
     if req.stream:
@@ -65,20 +68,23 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def render_chat_prompt(state: ServerState, req: ChatCompletionRequest) -> list[int]:
-    """Chat template of the tokenizer (or the request's own), then token ids."""
+def render_chat_prompt(tokenizer: Any, messages: list[ChatMessage], *, add_generation_prompt: bool,
+                       continue_final_message: bool, chat_template: str | None,
+                       chat_template_kwargs: dict[str, Any] | None, add_special_tokens: bool) -> list[int]:
+    """Chat template of the tokenizer (or the request's own), then token ids.
+    Shared by chat completions and chat-style embedding requests."""
     try:
-        text = state.tokenizer.apply_chat_template(
-            [_message_dict(m) for m in req.messages],
+        text = tokenizer.apply_chat_template(
+            [_message_dict(m) for m in messages],
             tokenize=False,
-            add_generation_prompt=req.add_generation_prompt,
-            continue_final_message=req.continue_final_message,
-            chat_template=req.chat_template,
-            **(req.chat_template_kwargs or {}),
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            chat_template=chat_template,
+            **(chat_template_kwargs or {}),
         )
     except (jinja2.TemplateError, ValueError, TypeError) as exc:
         raise bad_request(f"Could not apply the chat template: {exc}", "messages") from None
-    return state.tokenizer.encode(text, add_special_tokens=req.add_special_tokens)
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
 
 
 async def _stream(state: ServerState, request: AddRequest, response_id: str, model: str,

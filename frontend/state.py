@@ -11,7 +11,7 @@ from typing import Any
 from engine_core.config import FrontendConfig
 from engine_core.messages.engine_output import EngineStats
 from frontend.client import EngineClient
-from frontend.errors import model_not_found
+from frontend.errors import bad_request, model_not_found
 from frontend.responses import ModelCard, ModelList
 
 
@@ -53,20 +53,27 @@ class ServerState:
     tokenizer: Any
     served_names: tuple[str, ...]
     max_model_len: int
+    task: str = "generate"  # resolved by the launcher: "generate" or "embedding"
     created: int = field(default_factory=lambda: int(time.time()))
     metrics: Metrics = field(default_factory=Metrics)
 
     @classmethod
     def create(cls, config: FrontendConfig, model_path: str, client: EngineClient,
-               max_model_len: int) -> ServerState:
+               max_model_len: int, task: str) -> ServerState:
         from engine_core.models.loader import load_tokenizer
 
         names = config.served_model_name or (default_model_name(model_path),)
-        return cls(config, client, load_tokenizer(model_path), tuple(names), max_model_len)
+        return cls(config, client, load_tokenizer(model_path), tuple(names), max_model_len, task)
 
     def check_model(self, name: str | None) -> None:
         if name not in self.served_names:
             raise model_not_found(str(name))
+
+    def check_task(self, needed: str, endpoint: str) -> None:
+        """A 400 naming the flag that would serve ``endpoint``, when this server runs another task."""
+        if self.task != needed:
+            raise bad_request(f"{endpoint} is not served by this server (started with --task {self.task}); "
+                              f"it needs a server started with `--task {needed}`.")
 
     def model_list(self) -> ModelList:
         return ModelList(data=[ModelCard(id=name, created=self.created, root=self.served_names[0],

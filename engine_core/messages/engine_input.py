@@ -27,6 +27,13 @@ class AddRequest(msgspec.Struct, **_STRUCT):
     detokenize: DetokenizeParams
 
 
+class EmbedRequest(msgspec.Struct, **_STRUCT):
+    """One text to embed (served with --task embedding): no sampling, no detokenizing."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+
+
 class AbortRequest(msgspec.Struct, **_STRUCT):
     """Client gone, or a stop string found by the detokenizer."""
 
@@ -43,4 +50,4 @@ class Shutdown(msgspec.Struct, **_STRUCT):
     pass
 
 
-EngineInput = AddRequest | AbortRequest | Ping | Shutdown
+EngineInput = AddRequest | EmbedRequest | AbortRequest | Ping | Shutdown

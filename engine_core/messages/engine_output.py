@@ -50,9 +50,21 @@ class StepOutputs(msgspec.Struct, **_STRUCT):
     deltas: list[RequestDelta] = []
 
 
+class EmbeddingResult(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
+    request_id: str
+    embedding: list[float]
+    num_prompt_tokens: int
+
+
+class EmbeddingResults(msgspec.Struct, **_STRUCT):
+    """Every embedding finished in one engine step; the detokenizer forwards it unchanged."""
+
+    results: list[EmbeddingResult]
+
+
 class Pong(msgspec.Struct, **_STRUCT):
     seq: int
     stats: EngineStats
 
 
-EngineOutput = StepOutputs | Pong
+EngineOutput = StepOutputs | EmbeddingResults | Pong

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from engine_core.messages.engine_output import Pong
+from engine_core.messages.engine_output import EmbeddingResults, Pong
 
 _STRUCT = dict(array_like=True, omit_defaults=True, gc=False, tag=True)
 
@@ -37,4 +37,4 @@ class RequestOutputs(msgspec.Struct, **_STRUCT):
     outputs: list[RequestOutput]
 
 
-FrontendInput = RequestOutputs | Pong
+FrontendInput = RequestOutputs | EmbeddingResults | Pong

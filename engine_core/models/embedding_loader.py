@@ -18,8 +18,9 @@ from engine_core.models.bert import BertConfig, BertModel
 from engine_core.models.layers import default_weight_loader
 from engine_core.models.loader import resolve_dtype
 from engine_core.models.pooling import PoolingConfig
+from engine_core.task import EMBEDDING_ARCHITECTURES, transformer_dir
 
-EMBEDDING_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "bert")
+__all__ = ["EMBEDDING_ARCHITECTURES", "load_embedding_model", "read_checkpoint", "transformer_dir"]
 
 # Checkpoint tensors with no parameter here: the position-id buffer, BERT's NSP pooler,
 # and task heads.
@@ -56,18 +57,6 @@ def load_embedding_model(path: str, dtype: torch.dtype | str, device: torch.devi
     model = BertModel(config).to(device=device, dtype=dtype)
     load_bert_weights(model, read_checkpoint(path))
     return model.eval().requires_grad_(False), config, pooling
-
-
-def transformer_dir(path: str) -> str:
-    """Where config.json and the weights live: the directory itself, or the Transformer
-    module's folder of an older sentence-transformers layout (``0_BERT/``)."""
-    modules_file = os.path.join(path, "modules.json")
-    if not os.path.isfile(modules_file):
-        return path
-    with open(modules_file) as f:
-        modules = json.load(f)
-    transformer = next((m for m in modules if m.get("type", "").endswith(".Transformer")), {})
-    return os.path.join(path, transformer.get("path", ""))
 
 
 def read_checkpoint(path: str) -> Iterator[tuple[str, torch.Tensor]]:

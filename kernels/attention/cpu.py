@@ -61,8 +61,8 @@ class DecodeChunks:
 @dataclass(frozen=True)
 class CpuAttentionMetadata(AttentionMetadata):
     slot_mapping: torch.Tensor  # [T] int64
-    num_decodes: int
-    decodes: DecodeChunks | None  # None when the step has no decode
+    num_decodes: int  # decodes computed together (0 when there is a single one: see prepare)
+    decodes: DecodeChunks | None  # None when num_decodes is 0
     prefills: tuple[PrefillChunk, ...]
 
 
@@ -112,9 +112,11 @@ class CpuAttentionBackend(AttentionBackend):
             return slots_of(table_flat, table_offsets[first:], requests, positions, block_size)
 
         slot_mapping = slots_in_range(0, context_lens, query_lens)
+        # A lone decode is cheapest as one SDPA call over its keys, like a one-token prefill.
+        batched_decodes = num_decodes if num_decodes > 1 else 0
         prefills = []
-        query_start = num_decodes
-        for i in range(num_decodes, len(query_lens)):
+        query_start = batched_decodes
+        for i in range(batched_decodes, len(query_lens)):
             query_len, context_len = int(query_lens[i]), int(context_lens[i])
             key_slots = mask = None
             if context_len:
@@ -126,12 +128,12 @@ class CpuAttentionBackend(AttentionBackend):
             query_start += query_len
 
         decodes = None
-        if num_decodes:
-            decodes = self._prepare_decodes(context_lens[:num_decodes] + 1, table_flat, table_offsets,
+        if batched_decodes:
+            decodes = self._prepare_decodes(context_lens[:batched_decodes] + 1, table_flat, table_offsets,
                                             table_lens, block_size, to_device)
         return CpuAttentionMetadata(
             slot_mapping=to_device(slot_mapping),
-            num_decodes=num_decodes,
+            num_decodes=batched_decodes,
             decodes=decodes,
             prefills=tuple(prefills),
         )

@@ -207,8 +207,11 @@ class CpuAttentionBackend(AttentionBackend):
         return blocks.view(2, -1, chunks.chunk_size, self.num_kv_heads * self.head_dim)  # [2, N, C, KV * D]
 
     def _decode(self, q: torch.Tensor, kv_cache: torch.Tensor, chunks: DecodeChunks) -> torch.Tensor:
+        # float32 math whatever the cache dtype: CPUs without native bf16 run bf16 bmm
+        # several times slower than the upcast, and the softmax sums want the precision.
+        out_dtype, q = q.dtype, q.float()
         num_decodes, heads = q.shape[0], self.num_heads
-        keys, values = self._gather_chunks(kv_cache, chunks)  # [N, C, KV * D] each
+        keys, values = self._gather_chunks(kv_cache, chunks).float()  # [N, C, KV * D] each
         # Query head h spread over all kv heads, zero (and scaled) outside its own.
         spread = (q.unsqueeze(2) * self.head_mask.to(q.dtype)).view(num_decodes, heads, -1)  # [R, H, KV*D]
         queries = spread.index_select(0, chunks.chunk_request)  # [N, H, KV * D]
@@ -227,7 +230,7 @@ class CpuAttentionBackend(AttentionBackend):
         # Keep each head's own kv head: [R, KV, G, KV, D] -> diagonal over the two KV dims.
         out = out.view(num_decodes, self.num_kv_heads, self.group, self.num_kv_heads, self.head_dim)
         out = torch.diagonal(out, dim1=1, dim2=3).permute(0, 3, 1, 2)  # [R, KV, G, D]
-        return (out.reshape(num_decodes, heads, self.head_dim) / total.unsqueeze(-1))
+        return (out.reshape(num_decodes, heads, self.head_dim) / total.unsqueeze(-1)).to(out_dtype)
 
     def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_table: torch.Tensor,
                  value_table: torch.Tensor, chunk: PrefillChunk) -> torch.Tensor:

@@ -104,6 +104,11 @@ def main() -> None:
     embedders = {name: make(path, args.dtype, tokenizer) for name, make in factories.items()}
     embedders = {name: embed for name, embed in embedders.items() if embed is not None}
     texts = make_texts(args.num_texts)
+    # A fast wrong answer is no result: every contender must agree with transformers first.
+    reference = embedders["transformers"](texts[:8])
+    for name, embed in embedders.items():
+        cosine = F.cosine_similarity(embed(texts[:8]).float().cpu(), reference).min().item()
+        assert cosine > 0.99, f"{name} disagrees with transformers (cosine {cosine:.4f})"
     rows = {}
     for batch in args.batches:
         for name, embed in embedders.items():

@@ -56,15 +56,19 @@ class EmbeddingCore:
             raise ValueError(f"--max-num-batched-tokens {self.max_num_batched_tokens} is below the "
                              f"longest input ({self.max_model_len} tokens)")
         self.waiting: deque[EmbedRequest] = deque()
+        self.rejected: list[EmbeddingResult] = []
         logger.info("embedding model %s: dim %d, %s pooling%s, max input %d tokens", path,
                     bert_config.hidden_size, pooling.mode, " + L2 norm" if pooling.normalize else "",
                     self.max_model_len)
 
     def add_request(self, msg: EmbedRequest) -> None:
-        # The frontend refuses these with a 400; reaching here is a bug, not a client error.
+        # The frontend refuses these with a 400 already; should one slip through, it gets an
+        # empty embedding back (an error for the frontend) instead of stopping the engine.
         if not 0 < len(msg.prompt_token_ids) <= self.max_model_len:
-            raise ValueError(f"request {msg.request_id}: {len(msg.prompt_token_ids)} tokens, "
-                             f"expected 1..{self.max_model_len}")
+            logger.error("request %s: %d tokens, expected 1..%d", msg.request_id,
+                         len(msg.prompt_token_ids), self.max_model_len)
+            self.rejected.append(EmbeddingResult(msg.request_id, [], len(msg.prompt_token_ids)))
+            return
         self.waiting.append(msg)
 
     def abort_requests(self, request_ids: list[str]) -> None:
@@ -73,13 +77,15 @@ class EmbeddingCore:
         self.waiting = deque(r for r in self.waiting if r.request_id not in gone)
 
     def has_work(self) -> bool:
-        return bool(self.waiting)
+        return bool(self.waiting or self.rejected)
 
     def step(self) -> EmbeddingResults:
         batch = self._schedule()
-        vectors = self._embed([r.prompt_token_ids for r in batch])
-        return EmbeddingResults([EmbeddingResult(r.request_id, v, len(r.prompt_token_ids))
-                                 for r, v in zip(batch, vectors, strict=True)])
+        vectors = self._embed([r.prompt_token_ids for r in batch]) if batch else []
+        results = [EmbeddingResult(r.request_id, v, len(r.prompt_token_ids))
+                   for r, v in zip(batch, vectors, strict=True)]
+        rejected, self.rejected = self.rejected, []
+        return EmbeddingResults(rejected + results)
 
     def stats(self) -> EngineStats:
         return EngineStats(max_model_len=self.max_model_len, num_waiting=len(self.waiting))

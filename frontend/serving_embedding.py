@@ -29,6 +29,8 @@ async def create_embedding(state: ServerState, http: Request):
     # Cancelling this handler cancels each embed(), which aborts its request in the engine.
     results = await asyncio.gather(*(state.client.embed(f"embd-{request_id}-{i}", ids)
                                      for i, ids in enumerate(prompts)))
+    if any(not r.embedding for r in results):
+        raise bad_request("The engine refused an input: empty or longer than the model's maximum.", "input")
     prompt_tokens = sum(r.num_prompt_tokens for r in results)
     return json_response(embedding_response(req.model, [r.embedding for r in results],
                                             req.encoding_format, prompt_tokens))

@@ -99,8 +99,12 @@ def test_max_len_comes_from_sentence_transformers_then_the_flag(bert_dir: str, t
     (st_dir / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32}))
     core = make_core(str(st_dir))
     assert core.max_model_len == 32
-    with pytest.raises(ValueError, match="33 tokens"):
-        core.add_request(EmbedRequest("long", prompt(33)))
+    core.add_request(EmbedRequest("long", prompt(33)))  # refused without stopping the engine
+    core.add_request(EmbedRequest("ok", prompt(32)))
+    results = {r.request_id: r for r in core.step().results}
+    assert results["long"].embedding == [] and results["long"].num_prompt_tokens == 33
+    assert len(results["ok"].embedding) > 0
+    assert not core.has_work()
 
 
 def test_engine_core_proc_picks_the_embedding_core_from_the_task(bert_dir: str, tmp_path) -> None:

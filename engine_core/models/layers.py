@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.linear import linear
+
 # Tensor-parallel world: a single rank until a multi-device runner exists.
 TP_RANK = 0
 TP_SIZE = 1
@@ -121,7 +123,7 @@ class ColumnParallelLinear(nn.Module):
         param.data.copy_(loaded_weight.narrow(0, TP_RANK * rows, rows))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -162,7 +164,7 @@ class RowParallelLinear(nn.Module):
         param.data.copy_(loaded_weight.narrow(1, TP_RANK * cols, cols))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 # ----------------------------------------------------------------------------- embeddings
@@ -187,4 +189,4 @@ class LMHead(nn.Module):
             torch.empty(vocab_size, hidden_size))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, hidden] -> [N, vocab]
-        return F.linear(hidden, self.weight).float()
+        return linear(hidden, self.weight).float()

@@ -21,6 +21,7 @@ from engine_core.models.layers import default_weight_loader
 from engine_core.models.llama import LlamaConfig, LlamaForCausalLM
 from engine_core.models.registry import get_model_architecture
 from kernels.attention.base import AttentionBackend
+from kernels.linear import cpu_has_native_bf16
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -37,15 +38,6 @@ _GGUF_LAYER_NAMES = {
     "ffn_down": "mlp.down_proj",
 }
 _GGUF_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:

@@ -18,7 +18,13 @@ import msgspec
 import numpy as np
 
 from frontend.errors import bad_request
-from frontend.protocol import ChatMessage, _validate_messages, parse_request, random_uuid
+from frontend.protocol import (
+    ChatMessage,
+    parse_request,
+    random_uuid,
+    validate_messages,
+    validate_prompt_batch,
+)
 
 EncodingFormat = Literal["float", "base64"]
 # Fields that only make sense when rendering ``messages`` through a chat template.
@@ -67,11 +73,11 @@ class EmbeddingRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
             raise bad_request("Exactly one of `input` and `messages` must be given.",
                               "input" if self.input is None else "messages")
         if self.input is not None:
-            _validate_input(self.input)
+            validate_prompt_batch(self.input, "input")
             for field in CHAT_ONLY_FIELDS:
                 _check(getattr(self, field) is None, field, f"`{field}` can only be used with `messages`.")
         else:
-            _validate_messages(self.messages or [])
+            validate_messages(self.messages or [])
             _check(not (self.use_continue_final_message and self.use_generation_prompt),
                    "continue_final_message",
                    "continue_final_message and add_generation_prompt cannot both be true; "
@@ -88,20 +94,6 @@ class EmbeddingRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 def _check(condition: bool, param: str, message: str) -> None:
     if not condition:
         raise bad_request(message, param)
-
-
-def _validate_input(value: str | list[str | int | list[int]]) -> None:
-    _check(len(value) > 0, "input", "input must not be empty.")
-    if isinstance(value, str):
-        return
-    kinds = {type(item) for item in value}
-    _check(len(kinds) == 1, "input",
-           "input must be a string, a list of strings, a list of token ids or a list of token id lists.")
-    items = [value] if kinds == {int} else value
-    for item in items:
-        _check(len(item) > 0, "input", "input must not contain an empty string or token list.")
-        if not isinstance(item, str):
-            _check(all(token >= 0 for token in item), "input", "input token ids must be non-negative.")
 
 
 def parse_embedding_request(body: bytes) -> EmbeddingRequest:

@@ -155,7 +155,7 @@ class CompletionRequest(_GenerationRequest, **_REQUEST):
     add_special_tokens: bool = True
 
     def validate(self) -> None:
-        _validate_prompt(self.prompt)
+        validate_prompt_batch(self.prompt, "prompt")
         _check(self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, "logprobs",
                f"logprobs must be between 0 and {MAX_LOGPROBS}, got {self.logprobs}.")
         super().validate()
@@ -180,7 +180,7 @@ class ChatCompletionRequest(_GenerationRequest, **_REQUEST):
     request_id: str = msgspec.field(default_factory=random_uuid)
 
     def validate(self) -> None:
-        _validate_messages(self.messages)
+        validate_messages(self.messages)
         if self.top_logprobs is not None:
             _check(0 <= self.top_logprobs <= MAX_LOGPROBS, "top_logprobs",
                    f"top_logprobs must be between 0 and {MAX_LOGPROBS}, got {self.top_logprobs}.")
@@ -272,21 +272,22 @@ def parse_request(body: bytes, cls: type[RequestT]) -> RequestT:
     return request
 
 
-def _validate_prompt(prompt: str | list[str | int | list[int]]) -> None:
-    _check(len(prompt) > 0, "prompt", "prompt must not be empty.")
-    if isinstance(prompt, str):
+def validate_prompt_batch(value: str | list[str | int | list[int]], param: str) -> None:
+    """A prompt-like field: a string, strings, token ids or lists of token ids, none empty."""
+    _check(len(value) > 0, param, f"{param} must not be empty.")
+    if isinstance(value, str):
         return
-    kinds = {type(item) for item in prompt}
-    _check(len(kinds) == 1, "prompt",
-           "prompt must be a string, a list of strings, a list of token ids or a list of token id lists.")
-    items = prompt if kinds != {int} else [prompt]
+    kinds = {type(item) for item in value}
+    _check(len(kinds) == 1, param,
+           f"{param} must be a string, a list of strings, a list of token ids or a list of token id lists.")
+    items = [value] if kinds == {int} else value
     for item in items:
-        _check(len(item) > 0, "prompt", "prompt must not contain an empty prompt.")
+        _check(len(item) > 0, param, f"{param} must not contain an empty string or token list.")
         if not isinstance(item, str):
-            _check(all(token >= 0 for token in item), "prompt", "prompt token ids must be non-negative.")
+            _check(all(token >= 0 for token in item), param, f"{param} token ids must be non-negative.")
 
 
-def _validate_messages(messages: list[ChatMessage]) -> None:
+def validate_messages(messages: list[ChatMessage]) -> None:
     _check(len(messages) > 0, "messages", "messages must contain at least one message.")
     for i, message in enumerate(messages):
         _check(bool(message.role), f"messages[{i}].role", "message role must not be empty.")

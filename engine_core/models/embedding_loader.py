@@ -15,8 +15,7 @@ from collections.abc import Iterator
 import torch
 
 from engine_core.models.bert import BertConfig, BertModel
-from engine_core.models.layers import default_weight_loader
-from engine_core.models.loader import resolve_dtype
+from engine_core.models.loader import copy_weights, resolve_dtype
 from engine_core.models.pooling import PoolingConfig
 from engine_core.task import EMBEDDING_ARCHITECTURES, transformer_dir
 
@@ -90,20 +89,6 @@ def bert_param_name(hf_name: str) -> tuple[str, int | None] | None:
     return name, None
 
 
-@torch.no_grad()
 def load_bert_weights(model: BertModel, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
     """Copy checkpoint tensors into the model; every parameter must be covered."""
-    params = dict(model.named_parameters())
-    missing = set(params)
-    for hf_name, tensor in weights:
-        target = bert_param_name(hf_name)
-        if target is None:
-            continue
-        name, shard_id = target
-        if name not in params:
-            raise KeyError(f"checkpoint tensor {hf_name!r} has no matching model parameter {name!r}")
-        param = params[name]
-        getattr(param, "weight_loader", default_weight_loader)(param, tensor, shard_id)
-        missing.discard(name)
-    if missing:
-        raise ValueError(f"checkpoint lacks weights for: {', '.join(sorted(missing))}")
+    copy_weights(model, weights, bert_param_name)

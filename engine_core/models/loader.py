@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -78,21 +78,35 @@ def load_model(model_config: ModelConfig, attn_backend_cls: type[AttentionBacken
     return model.eval().requires_grad_(False), config
 
 
-@torch.no_grad()
 def load_weights(model: LlamaForCausalLM, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
     """Copy HF-named tensors into the model, routing q/k/v and gate/up into their fused
     parameters. Every parameter must be covered."""
-    params = dict(model.named_parameters())  # a tied lm_head is listed once, as embed_tokens
-    missing = set(params)
-    for hf_name, tensor in weights:
+
+    def route(hf_name: str) -> tuple[str, int | None] | None:
         name = hf_name.removeprefix("model.")
         if "rotary_emb" in name or (model.config.tie_word_embeddings and name == "lm_head.weight"):
-            continue
-        shard_id = None
+            return None
         for checkpoint_part, (fused_part, shard) in model.packed_modules_mapping.items():
             if f".{checkpoint_part}." in name:
-                name, shard_id = name.replace(f".{checkpoint_part}.", f".{fused_part}."), shard
-                break
+                return name.replace(f".{checkpoint_part}.", f".{fused_part}."), shard
+        return name, None
+
+    copy_weights(model, weights, route)
+
+
+@torch.no_grad()
+def copy_weights(model: torch.nn.Module, weights: Iterator[tuple[str, torch.Tensor]],
+                 route: Callable[[str], tuple[str, int | None] | None]) -> None:
+    """Copy each checkpoint tensor into the parameter ``route`` names (None skips it), through
+    the parameter's own weight loader (fused shards, tensor-parallel splits). Every parameter
+    must be covered: a tied lm_head is listed once, as the embedding."""
+    params = dict(model.named_parameters())
+    missing = set(params)
+    for hf_name, tensor in weights:
+        target = route(hf_name)
+        if target is None:
+            continue
+        name, shard_id = target
         if name not in params:
             raise KeyError(f"checkpoint tensor {hf_name!r} has no matching model parameter {name!r}")
         param = params[name]

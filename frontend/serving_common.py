@@ -13,7 +13,7 @@ from sanic.response import HTTPResponse
 
 from engine_core.messages.engine_input import AddRequest
 from engine_core.messages.frontend_input import PositionLogprobs, RequestOutput
-from frontend.errors import APIError, as_api_error, bad_request
+from frontend.errors import as_api_error, bad_request
 from frontend.protocol import (
     GenerationRequest,
     check_context_length,
@@ -66,7 +66,8 @@ async def collect(state: ServerState, request: AddRequest) -> Collected:
     async for output in state.client.generate(request):
         result.add(output)
     if result.finish_reason == "error":
-        raise APIError("The request could not be scheduled: it does not fit in the KV cache.")
+        raise bad_request("The request can never be scheduled: prompt and output do not fit in the KV cache.",
+                          "max_tokens")
     state.metrics.record(result.finish_reason or "abort", result.num_prompt_tokens, len(result.token_ids))
     return result
 

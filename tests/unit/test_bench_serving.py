@@ -143,7 +143,8 @@ def bench(server: FakeOpenAIServer, **overrides: Any) -> dict[str, Any]:
     return asyncio.run(run_benchmark(BenchConfig(**(fields | overrides))))
 
 
-SLACK = 0.15  # scheduling noise on a busy 2-core machine
+# Only lower bounds against the fake server's sleeps: a busy 2-core machine can delay any
+# chunk by an unbounded amount, but never deliver it before the server sent it.
 
 
 def test_requests_have_exact_lengths_and_discover_the_model(server: FakeOpenAIServer) -> None:
@@ -171,10 +172,10 @@ def test_streaming_statistics_follow_the_server_delays(server: FakeOpenAIServer)
     assert summary["output_tokens"] == 8 * 6 and summary["input_tokens"] == 8 * 12
     measured = sorted(r["ttft"] for r in requests)
     for got, slept in zip(measured, sorted(server.ttfts), strict=True):
-        assert slept <= got < slept + SLACK
+        assert slept <= got
     for r in requests:
-        # A late first chunk followed by a burst can make one TPOT a bit under the server's gap.
-        assert 0.5 * server.itl <= r["tpot"] < server.itl + SLACK
+        assert r["ttft"] <= r["latency"]
+        assert r["tpot"] == pytest.approx((r["latency"] - r["ttft"]) / 5)  # over the 5 later tokens
         assert r["latency"] >= min(server.ttfts) + 5 * server.itl
     ttft_ms = [t * 1000 for t in measured]
     assert summary["ttft_ms"]["p50"] == pytest.approx(percentile(ttft_ms, 50))
@@ -188,7 +189,7 @@ def test_chat_ttft_waits_for_the_first_content(server: FakeOpenAIServer) -> None
     server.ttft_for = lambda body: 0.2
     report = bench(server, endpoint="chat", num_prompts=3)
     assert all(len(b["messages"][0]["content"].split()) == 12 for b in server.bodies)
-    assert all(0.2 <= r["ttft"] < 0.2 + SLACK for r in report["requests"])
+    assert all(0.2 <= r["ttft"] for r in report["requests"])
     assert report["summary"]["output_tokens"] == 15
 
 
@@ -204,7 +205,7 @@ def test_non_streaming_measures_latency_only(server: FakeOpenAIServer) -> None:
     assert all(b["stream"] is False and "stream_options" not in b for b in server.bodies)
     for r in report["requests"]:
         assert r["ttft"] is None and r["tpot"] is None and r["output_tokens"] == 4
-        assert 0.05 + 3 * server.itl <= r["latency"] < 0.05 + 3 * server.itl + SLACK
+        assert 0.05 + 3 * server.itl <= r["latency"]
     assert report["summary"]["ttft_ms"]["p50"] is None
 
 

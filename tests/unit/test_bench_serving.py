@@ -189,7 +189,7 @@ def test_chat_ttft_waits_for_the_first_content(server: FakeOpenAIServer) -> None
     server.ttft_for = lambda body: 0.2
     report = bench(server, endpoint="chat", num_prompts=3)
     assert all(len(b["messages"][0]["content"].split()) == 12 for b in server.bodies)
-    assert all(0.2 <= r["ttft"] for r in report["requests"])
+    assert all(r["ttft"] >= 0.2 for r in report["requests"])
     assert report["summary"]["output_tokens"] == 15
 
 

@@ -222,7 +222,7 @@ def test_the_run_is_bounded_by_the_timeout(server: FakeOpenAIServer) -> None:
     server.ttft_for = lambda body: 30.0
     start = time.perf_counter()
     summary = bench(server, num_prompts=4, concurrency=2, timeout=0.5)["summary"]
-    assert time.perf_counter() - start < 5.0
+    assert time.perf_counter() - start < 15.0  # far below the 30 s the server would take
     assert summary["completed"] == 0 and summary["failed"] == 4
     assert len(server.bodies) == 2  # the queued half never started
 

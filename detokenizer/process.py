@@ -35,6 +35,7 @@ from engine_core.messages.frontend_input import (
     TokenLogprob,
 )
 from engine_core.request import FinishReason
+from engine_core.tokenizer import load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -172,14 +173,6 @@ class Detokenizer:
         return text
 
 
-def _load_tokenizer(path: str) -> Any:
-    # Imported here: the loader pulls in torch and the model code, which the rest of this
-    # module (and the tests that drive Detokenizer in-process) do not need.
-    from engine_core.models.loader import load_tokenizer
-
-    return load_tokenizer(path)
-
-
 def _limit_torch_threads() -> None:
     # transformers may import torch; this process must not spin up compute threads.
     torch = sys.modules.get("torch")
@@ -203,7 +196,7 @@ def run_detokenizer(
         engine_output.bind(f"ipc://{engine_output_path}")
         frontend_input.connect(f"ipc://{frontend_input_path}")
         engine_input.connect(f"ipc://{engine_input_path}")
-        detokenizer = Detokenizer(_load_tokenizer(tokenizer_path))
+        detokenizer = Detokenizer(load_tokenizer(tokenizer_path))
         _limit_torch_threads()
         _serve(detokenizer, engine_output, frontend_input, engine_input)
     finally:

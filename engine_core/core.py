@@ -17,7 +17,6 @@ from engine_core.messages.engine_input import (
     EmbedRequest,
     EngineInput,
     Ping,
-    Shutdown,
 )
 from engine_core.messages.engine_output import (
     EngineOutput,
@@ -144,13 +143,12 @@ class EngineCoreProc:
             request_type: self.core.add_request,
             AbortRequest: lambda msg: self.core.abort_requests(msg.request_ids),
             Ping: self._pong,
-            Shutdown: self._shutdown,
         }
 
     def _pong(self, msg: Ping) -> None:
         self.output.send(self.output_codec.encode(Pong(seq=msg.seq, stats=self.core.stats())))
 
-    def _shutdown(self, _msg: Shutdown | None = None) -> None:
+    def _shutdown(self) -> None:
         self.running = False
 
     def _drain_input(self, block: bool) -> None:

@@ -32,7 +32,7 @@ class LLM:
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            from engine_core.models.loader import load_tokenizer
+            from engine_core.tokenizer import load_tokenizer
 
             self._tokenizer = load_tokenizer(self.config.model.resolved_path())
         return self._tokenizer

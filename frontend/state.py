@@ -60,7 +60,7 @@ class ServerState:
     @classmethod
     def create(cls, config: FrontendConfig, model_path: str, client: EngineClient,
                max_model_len: int, task: str) -> ServerState:
-        from engine_core.models.loader import load_tokenizer
+        from engine_core.tokenizer import load_tokenizer
 
         names = config.served_model_name or (default_model_name(model_path),)
         return cls(config, client, load_tokenizer(model_path), tuple(names), max_model_len, task)

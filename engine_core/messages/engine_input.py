@@ -46,8 +46,4 @@ class Ping(msgspec.Struct, **_STRUCT):
     seq: int
 
 
-class Shutdown(msgspec.Struct, **_STRUCT):
-    pass
-
-
-EngineInput = AddRequest | EmbedRequest | AbortRequest | Ping | Shutdown
+EngineInput = AddRequest | EmbedRequest | AbortRequest | Ping

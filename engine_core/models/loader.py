@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine_core.config import ModelConfig
 from engine_core.models.layers import default_weight_loader
@@ -48,13 +47,6 @@ def resolve_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
     if device is not None and device.type == "cuda":
         return torch.bfloat16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-
-
-def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
-    if path.endswith(".gguf"):
-        return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(path)),
-                                             gguf_file=os.path.basename(path))
-    return AutoTokenizer.from_pretrained(path)
 
 
 def load_model(model_config: ModelConfig, attn_backend_cls: type[AttentionBackend],

@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from detokenizer.incremental import IncrementalDetokenizer
-from detokenizer.process import Detokenizer, _load_tokenizer
+from detokenizer.process import Detokenizer
 from engine_core.config import default_model_path
 from engine_core.messages import Codec
 from engine_core.messages.engine_input import AbortRequest, DetokenizeParams, EngineInput
@@ -30,6 +30,7 @@ from engine_core.messages.engine_output import (
 )
 from engine_core.messages.frontend_input import FrontendInput, RequestOutput, RequestOutputs
 from engine_core.request import FinishReason
+from engine_core.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.model
 
@@ -48,7 +49,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer() -> Any:
-    return _load_tokenizer(default_model_path())
+    return load_tokenizer(default_model_path())
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:

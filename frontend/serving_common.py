@@ -30,10 +30,7 @@ logger = logging.getLogger(__name__)
 def engine_request(state: ServerState, req: GenerationRequest, request_id: str,
                    prompt_ids: list[int]) -> AddRequest:
     """Checks the prompt against the vocabulary and the context length, then builds the request."""
-    vocab_size = len(state.tokenizer)
-    bad = [t for t in prompt_ids if t >= vocab_size]
-    if bad:
-        raise bad_request(f"Token id {bad[0]} is out of vocabulary (size {vocab_size}).", "prompt")
+    state.check_vocab(prompt_ids, "prompt")
     max_tokens = requested_max_tokens(req)
     check_context_length(len(prompt_ids), max_tokens, state.max_model_len)
     sampling = to_sampling_params(req, default_max_tokens=state.max_model_len - len(prompt_ids))

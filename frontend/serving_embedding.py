@@ -44,15 +44,12 @@ def tokenize_inputs(state: ServerState, req: EmbeddingRequest) -> list[list[int]
             state.tokenizer, req.messages or [], add_generation_prompt=req.use_generation_prompt,
             continue_final_message=req.use_continue_final_message, chat_template=req.chat_template,
             chat_template_kwargs=req.chat_template_kwargs, add_special_tokens=req.use_special_tokens)]
-    vocab_size = len(state.tokenizer)
     prompts = []
     for item in embedding_inputs(req):
         if isinstance(item, str):
             prompts.append(state.tokenizer.encode(item, add_special_tokens=req.use_special_tokens))
             continue
-        bad = [t for t in item if t >= vocab_size]
-        if bad:
-            raise bad_request(f"Token id {bad[0]} is out of vocabulary (size {vocab_size}).", "input")
+        state.check_vocab(item, "input")
         prompts.append(list(item))
     return prompts
 

@@ -65,6 +65,13 @@ class ServerState:
         names = config.served_model_name or (default_model_name(model_path),)
         return cls(config, client, load_tokenizer(model_path), tuple(names), max_model_len, task)
 
+    def check_vocab(self, token_ids: list[int], param: str) -> None:
+        """Client-given token ids must exist in the vocabulary (the embedding table would fail)."""
+        vocab_size = len(self.tokenizer)
+        bad = next((t for t in token_ids if t >= vocab_size), None)
+        if bad is not None:
+            raise bad_request(f"Token id {bad} is out of vocabulary (size {vocab_size}).", param)
+
     def check_model(self, name: str | None) -> None:
         if name not in self.served_names:
             raise model_not_found(str(name))
